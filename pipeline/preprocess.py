@@ -25,6 +25,10 @@ CHUNK = 5000
 
 def split(X_train, y_train, X_test, y_test, num_train, num_val, num_test):
     """Train = the first num_train training images, val = the next num_val, test = first num_test."""
+    if num_train + num_val > len(X_train) or num_test > len(X_test):
+        raise ValueError(f"data.num_train + data.num_val = {num_train + num_val} and "
+                         f"data.num_test = {num_test}, but the archive holds {len(X_train)} "
+                         f"training and {len(X_test)} test images")
     val = slice(num_train, num_train + num_val)
     return {
         "train": (X_train[:num_train], y_train[:num_train]),
@@ -96,7 +100,10 @@ def main() -> None:
     log = setup("preprocess")
     start = time.perf_counter()
 
-    summary = preprocess(cfg, mode)
+    try:
+        summary = preprocess(cfg, mode)
+    except ValueError as err:
+        sys.exit(f"preprocess failed: {err}")
     write_json(Path("results/preprocess") / f"{mode.value}.json", summary)
     seconds = time.perf_counter() - start
 
