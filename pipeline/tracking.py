@@ -106,7 +106,9 @@ def stage_run(cfg: Config, stage: str):
 @contextlib.contextmanager
 def child_run(name: str, params: dict, stage: str):
     """A nested run under the active one (one search trial, one probe)."""
-    with mlflow.start_run(run_name=name, nested=True, tags=run_tags(stage)) as run:
+    experiment_id = mlflow.active_run().info.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True,
+                          tags=run_tags(stage)) as run:
         mlflow.log_params(params)
         yield run
 
