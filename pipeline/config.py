@@ -53,7 +53,7 @@ class DataConfig:
 @dataclass
 class PreprocessConfig:
     mode: Mode = Mode.mean_image
-    scale_std: bool = False
+    scale_std: bool = True
 
 
 @dataclass
@@ -71,7 +71,7 @@ class SanityConfig:
     reg: float = 1e3
     overfit_images: int = 20
     overfit_epochs: int = 200
-    overfit_lr: float = 1e-3
+    overfit_lr: float = 1e-2
     grad_images: int = 5
     grad_checks: int = 20
     grad_tol: float = 1e-7
@@ -87,18 +87,18 @@ class ProbeConfig:
 
 @dataclass
 class CoarseConfig:
-    trials: int = 20
-    epochs: int = 2
-    num_train: int = 5000
+    trials: int = 30
+    epochs: int = 3
+    num_train: int = 10000
     lr: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
     reg: list[float] = field(default_factory=lambda: [1e-5, 1e1])
 
 
 @dataclass
 class FineConfig:
-    trials: int = 10
-    epochs: int = 5
-    num_train: int = 20000
+    trials: int = 15
+    epochs: int = 10
+    num_train: int = 49000
     span: float = 1.0
 
 
@@ -116,11 +116,11 @@ class SearchConfig:
 class TrainConfig:
     lr: float | None = None
     reg: float | None = None
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 200
     update_rule: UpdateRule = UpdateRule.sgd_momentum
     momentum: float = 0.9
-    lr_decay: float = 0.95
+    lr_decay: float = 0.9
 
 
 @dataclass

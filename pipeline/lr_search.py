@@ -111,7 +111,7 @@ def run_round(search: Search, stage: str, round_: int, lr_bounds, reg_bounds, tr
     regs = sample_log_uniform(sampler, reg_bounds, trials)
 
     rows = []
-    for i in tqdm(range(trials), desc=f"{stage} round {round_}", unit="trial"):
+    for i in tqdm(range(trials), desc=f"{stage} round {round_}", unit="trial", disable=None):
         rng = common.rng(search.cfg, "lr_search", 2, round_, i)
         schedule = schedule_for(search.cfg, float(lrs[i]), float(regs[i]), epochs)
         history, run_id = run_trial(search, f"{stage}_{round_}_{i:03d}", schedule, num_train,

@@ -79,7 +79,7 @@ def train(params, spec: net.NetSpec, X_train, y_train, X_val, y_val, schedule: S
     step = 0
 
     epochs = tqdm(range(schedule.epochs), desc=progress, unit="epoch", leave=False,
-                  disable=progress is None)
+                  disable=None if progress else True)
     for epoch in epochs:
         # shuffle once per epoch; the last partial batch is dropped
         order = rng.permutation(len(X_train))

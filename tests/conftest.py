@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _project_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
-    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
+    # dvc.lock belongs to this checkout's own runs, not to a fresh clone
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file() and f != "dvc.lock"]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
