@@ -72,4 +72,4 @@ def test_flatten_gives_dotted_keys():
 
     assert flat["train.momentum"] == "0.9"
     assert flat["preprocess.mode"] == "mean_image"
-    assert flat["search.coarse.trials"] == "20"
+    assert flat["search.coarse.trials"] == "30"
