@@ -109,6 +109,9 @@ def main() -> None:
 
     with tracking.stage_run(cfg, f"preprocess/{mode.value}"):
         tracking.mlflow.log_dict(summary, f"preprocess_{mode.value}.json")
+        for stat in ("mean", "std"):
+            tracking.mlflow.log_artifact(str(OUT / mode.value / f"{stat}.npy"),
+                                         f"statistics/{mode.value}")
         tracking.mlflow.log_metrics({"preprocess/seconds": seconds,
                                      "preprocess/mean_of_mean": summary["mean_of_mean"],
                                      "preprocess/mean_of_std": summary["mean_of_std"]})

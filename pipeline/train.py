@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline import common, config, net, solver, tracking
+from pipeline import common, config, diagnose, net, solver, tracking
 from pipeline.io import read_json, write_json
 from pipeline.log import setup
 
@@ -135,15 +135,21 @@ def main() -> None:
         metrics = {"test_acc": test_acc, "best_val_acc": history.best_val_acc,
                    "best_epoch": history.best_epoch, "final_train_acc": history.train_acc[-1],
                    "final_loss": history.loss[-1], "lr": lr, "reg": reg}
+        findings = diagnose.diagnose(history.loss, history.train_acc, history.val_acc,
+                                     history.ratios)
         save_checkpoint(history.best_params, spec)
         write_history(history)
         write_json(OUT / "metrics.json", metrics)
+        write_json(OUT / "diagnosis.json", [vars(f) for f in findings])
+        tracking.mlflow.set_tag("diagnosis", diagnose.names(findings))
 
         overhead = buffer.seconds / loop_seconds
         tracking.mlflow.log_metrics({"test/acc": test_acc, "best_val_acc": history.best_val_acc,
                                      "mlflow_overhead_fraction": overhead})
         tracking.mlflow.log_artifact(str(CHECKPOINT))
 
+    for finding in findings:
+        log.info("diagnosis: %s", finding.message)
     log.info("test accuracy %.4f (best val %.4f at epoch %d); %d MLflow points took %.1f s "
              "of a %.1f s loop (%.1f %%); stage %.0f s", test_acc, history.best_val_acc,
              history.best_epoch + 1, buffer.sent, buffer.seconds, loop_seconds,

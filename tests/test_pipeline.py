@@ -7,7 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 from archive_fixtures import make_archive
-from conftest import SHARED_ARCHIVE, run
+from conftest import ROOT, SHARED_ARCHIVE, run
 
 from pipeline.archive import file_md5
 
@@ -121,3 +121,11 @@ def test_real_archive_passes_the_sanity_gate(make_repo):
     assert checks["gradient_no_reg"]["value"] <= 1e-7
     X_val = np.load(repo / "data/preprocessed/mean_image/X_val.npy", mmap_mode="r")
     assert X_val.shape == (1000, 3072)
+
+
+def test_committed_data_dvc_lets_a_fresh_clone_import():
+    """With hashes recorded, `dvc repro` on a fresh clone wants the cache instead of the remote."""
+    committed = run(["git", "show", "HEAD:data.dvc"], ROOT).stdout
+
+    assert "remote://cifar10/cifar-10-python.tar.gz" in committed
+    assert "md5:" not in committed and "size:" not in committed
