@@ -12,14 +12,17 @@ PREPROCESSED = Path("data/preprocessed")
 
 # Each stage draws from its own stream of the one seed, so adding draws to one stage never
 # changes the numbers of another.
-STREAMS = {"sanity": 1, "lr_search": 2, "train": 3}
+STREAMS = {"sanity": 1, "lr_search": 2, "train": 3, "init_study": 4, "bn_study": 5}
 
 
 def net_spec(cfg: Config, input_dim: int = 3072) -> NetSpec:
     m = cfg.model
     return NetSpec(input_dim=input_dim, hidden_dims=tuple(m.hidden_dims),
                    activation=m.activation.value, init=m.init.value,
-                   weight_scale=m.weight_scale)
+                   weight_scale=m.weight_scale, bias_init=m.bias_init,
+                   leaky_slope=m.leaky_slope, elu_alpha=m.elu_alpha,
+                   maxout_pieces=m.maxout_pieces, batchnorm=m.batchnorm,
+                   bn_momentum=m.bn_momentum, bn_eps=m.bn_eps, dropout=m.dropout)
 
 
 def rng(cfg: Config, stream: str, *keys: int) -> np.random.Generator:

@@ -27,18 +27,29 @@ class Mode(str, Enum):
 
 
 class Activation(str, Enum):
+    sigmoid = "sigmoid"
+    tanh = "tanh"
     relu = "relu"
+    leaky_relu = "leaky_relu"
+    prelu = "prelu"
+    elu = "elu"
+    maxout = "maxout"
 
 
 class Init(str, Enum):
+    zeros = "zeros"
     gaussian = "gaussian"
+    unit_gaussian = "unit_gaussian"
     xavier = "xavier"
+    glorot = "glorot"
     he = "he"
 
 
 class UpdateRule(str, Enum):
     sgd = "sgd"
     sgd_momentum = "sgd_momentum"
+    nesterov = "nesterov"
+    adam = "adam"
 
 
 @dataclass
@@ -61,7 +72,15 @@ class ModelConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [50])
     activation: Activation = Activation.relu
     init: Init = Init.gaussian
-    weight_scale: float = 1e-4
+    weight_scale: float = 0.01  # conf/model/two_layer.yaml sets 1e-4
+    bias_init: float = 0.0
+    leaky_slope: float = 0.01
+    elu_alpha: float = 1.0
+    maxout_pieces: int = 2
+    batchnorm: bool = False
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dropout: float = 0.0
 
 
 @dataclass
@@ -102,6 +121,28 @@ class FineConfig:
     span: float = 1.0
 
 
+class SearchBackend(str, Enum):
+    serial = "serial"
+    local = "local"
+    ray = "ray"
+
+
+@dataclass
+class BudgetConfig:
+    trials: int | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class EarlyStopConfig:
+    chance_tol: float = 0.01
+
+
+@dataclass
+class RayClusterConfig:
+    address: str | None = None
+
+
 @dataclass
 class SearchConfig:
     batch_size: int = 200
@@ -110,6 +151,13 @@ class SearchConfig:
     fine: FineConfig = field(default_factory=FineConfig)
     max_widen: int = 2
     edge: float = 0.1
+    backend: SearchBackend = SearchBackend.serial
+    workers: int | None = None
+    blas_threads: int = 1
+    retries: int = 2
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    ray: RayClusterConfig = field(default_factory=RayClusterConfig)
 
 
 @dataclass
@@ -118,9 +166,22 @@ class TrainConfig:
     reg: float | None = None
     epochs: int = 30
     batch_size: int = 200
+    lr_decay: float = 0.9
+
+
+@dataclass
+class OptimConfig:
     update_rule: UpdateRule = UpdateRule.sgd_momentum
     momentum: float = 0.9
-    lr_decay: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str | None = None
+    last_layer_only: bool = False
 
 
 @dataclass
@@ -131,6 +192,44 @@ class TrackingConfig:
 
 
 @dataclass
+class InitStudyConfig:
+    depth: int = 10
+    width: int = 500
+    input_dim: int = 500
+    num_samples: int = 1000
+    cifar_images: int = 1000
+    inits: list[Init] = field(default_factory=lambda: [
+        Init.gaussian, Init.unit_gaussian, Init.xavier, Init.he])
+    weight_scale: float = 0.01
+    activations: list[str] = field(default_factory=list)
+    bins: int = 40
+    saturation: float = 0.99
+    zero_steps: int = 5
+    zero_lr: float = 0.1
+
+
+@dataclass
+class BnStudyConfig:
+    hidden_dims: list[int] = field(default_factory=lambda: [50] * 8)
+    activation: Activation = Activation.relu
+    num_train: int = 4000
+    weight_scales: list[float] = field(default_factory=lambda: [1e-4, 1e1])
+    num_scales: int = 11
+    epochs: int = 10
+    batch_size: int = 100
+    update_rule: UpdateRule = UpdateRule.adam
+    lr: float = 1e-3
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
+    lr_weight_scale: float = 0.1
+
+
+@dataclass
+class StudyConfig:
+    init: InitStudyConfig = field(default_factory=InitStudyConfig)
+    bn: BnStudyConfig = field(default_factory=BnStudyConfig)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -138,7 +237,10 @@ class Config:
     sanity: SanityConfig = field(default_factory=SanityConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0
 
 
@@ -198,6 +300,12 @@ def check_values(cfg: Config) -> None:
     for i, units in enumerate(m.hidden_dims):
         need(units > 0, f"model.hidden_dims[{i}]", "> 0", units)
     need(m.weight_scale > 0, "model.weight_scale", "> 0", m.weight_scale)
+    need(0 <= m.leaky_slope < 1, "model.leaky_slope", "in [0, 1)", m.leaky_slope)
+    need(m.elu_alpha > 0, "model.elu_alpha", "> 0", m.elu_alpha)
+    need(m.maxout_pieces >= 2, "model.maxout_pieces", ">= 2", m.maxout_pieces)
+    need(0 <= m.bn_momentum < 1, "model.bn_momentum", "in [0, 1)", m.bn_momentum)
+    need(m.bn_eps > 0, "model.bn_eps", "> 0", m.bn_eps)
+    need(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
 
     s = cfg.sanity
     for key in ("num_images", "overfit_images", "overfit_epochs", "grad_images", "grad_checks"):
@@ -207,6 +315,14 @@ def check_values(cfg: Config) -> None:
 
     _check_search(cfg.search, need)
     _check_train(cfg.train, need)
+    _check_optim(cfg.optim, need)
+    need(cfg.finetune.checkpoint is None or cfg.finetune.checkpoint.strip() != "",
+         "finetune.checkpoint", "a path or null", cfg.finetune.checkpoint)
+    need(cfg.finetune.checkpoint is not None or not cfg.finetune.last_layer_only,
+         "finetune.last_layer_only", "false without finetune.checkpoint",
+         cfg.finetune.last_layer_only)
+    _check_init_study(cfg.study.init, need)
+    _check_bn_study(cfg.study.bn, need)
     need(cfg.tracking.flush_every > 0, "tracking.flush_every", "> 0", cfg.tracking.flush_every)
     need(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
 
@@ -232,6 +348,14 @@ def _check_search(s: SearchConfig, need) -> None:
     need(s.fine.span > 0, "search.fine.span", "> 0", s.fine.span)
     need(s.max_widen >= 0, "search.max_widen", ">= 0", s.max_widen)
     need(0 <= s.edge < 0.5, "search.edge", "in [0, 0.5)", s.edge)
+    need(s.workers is None or s.workers > 0, "search.workers", "> 0 or null", s.workers)
+    need(s.blas_threads > 0, "search.blas_threads", "> 0", s.blas_threads)
+    need(s.retries >= 0, "search.retries", ">= 0", s.retries)
+    b = s.budget
+    need(b.trials is None or b.trials > 0, "search.budget.trials", "> 0 or null", b.trials)
+    need(b.seconds is None or b.seconds > 0, "search.budget.seconds", "> 0 or null", b.seconds)
+    need(s.early_stop.chance_tol >= 0, "search.early_stop.chance_tol", ">= 0",
+         s.early_stop.chance_tol)
 
 
 def _check_train(t: TrainConfig, need) -> None:
@@ -239,8 +363,47 @@ def _check_train(t: TrainConfig, need) -> None:
     need(t.reg is None or t.reg >= 0, "train.reg", ">= 0 or null", t.reg)
     need(t.epochs > 0, "train.epochs", "> 0", t.epochs)
     need(t.batch_size > 0, "train.batch_size", "> 0", t.batch_size)
-    need(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
     need(0 < t.lr_decay <= 1, "train.lr_decay", "in (0, 1]", t.lr_decay)
+
+
+def _check_optim(o: OptimConfig, need) -> None:
+    need(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    need(0 <= o.beta1 < 1, "optim.beta1", "in [0, 1)", o.beta1)
+    need(0 <= o.beta2 < 1, "optim.beta2", "in [0, 1)", o.beta2)
+    need(o.eps > 0, "optim.eps", "> 0", o.eps)
+
+
+def _check_init_study(s: InitStudyConfig, need) -> None:
+    # imported here: the schema module stays free of the numpy net it describes
+    from pipeline.studies.propagation import study_activations
+
+    for key in ("depth", "width", "input_dim", "num_samples", "bins", "zero_steps"):
+        need(getattr(s, key) > 0, f"study.init.{key}", "> 0", getattr(s, key))
+    need(s.cifar_images >= 0, "study.init.cifar_images", ">= 0", s.cifar_images)
+    need(len(s.inits) > 0 and len(set(s.inits)) == len(s.inits), "study.init.inits",
+         "a non-empty list without repeats", s.inits)
+    need(Init.zeros not in s.inits, "study.init.inits",
+         "random inits (zeros has its own symmetry check)", s.inits)
+    need(s.weight_scale > 0, "study.init.weight_scale", "> 0", s.weight_scale)
+    known = study_activations()
+    for i, name in enumerate(s.activations):
+        need(name in known, f"study.init.activations[{i}]", f"one of {', '.join(known)}", name)
+    need(0 < s.saturation < 1, "study.init.saturation", "in (0, 1)", s.saturation)
+    need(s.zero_lr > 0, "study.init.zero_lr", "> 0", s.zero_lr)
+
+
+def _check_bn_study(s: BnStudyConfig, need) -> None:
+    need(len(s.hidden_dims) > 0, "study.bn.hidden_dims", "a non-empty list", s.hidden_dims)
+    for i, units in enumerate(s.hidden_dims):
+        need(units > 0, f"study.bn.hidden_dims[{i}]", "> 0", units)
+    for key in ("num_train", "epochs", "batch_size", "lr", "lr_weight_scale"):
+        need(getattr(s, key) > 0, f"study.bn.{key}", "> 0", getattr(s, key))
+    bounds = s.weight_scales
+    need(len(bounds) == 2 and 0 < bounds[0] < bounds[1], "study.bn.weight_scales",
+         "[low, high] with 0 < low < high", bounds)
+    need(s.num_scales >= 2, "study.bn.num_scales", ">= 2", s.num_scales)
+    need(len(s.lrs) > 0 and all(lr > 0 for lr in s.lrs), "study.bn.lrs",
+         "a non-empty list of values > 0", s.lrs)
 
 
 def _is_md5(value: str) -> bool:
@@ -270,3 +433,17 @@ def from_argv(argv: list[str] | None = None) -> Config:
         return load(PARAMS_FILE, args)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+
+
+VALID_MARKER = Path("results/config/valid")
+
+
+def main() -> None:
+    """Stage check_config: check params.yaml, then write a marker that never changes."""
+    from_argv()
+    VALID_MARKER.parent.mkdir(parents=True, exist_ok=True)
+    VALID_MARKER.write_text("params.yaml passed the schema and value checks\n")
+
+
+if __name__ == "__main__":
+    main()

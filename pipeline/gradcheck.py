@@ -15,11 +15,17 @@ the relative bound for the math plus the rounding noise with a factor 2 of headr
 `max_rel_error` is reported next to it, unchanged. Truncation is not allowed for: with h well
 above 1e-4, `passed` fails on W2 and b2 (error ~ h^2), as it should.
 
-Kinks. A ReLU net's loss is only piecewise smooth: if a perturbation moves any hidden
-pre-activation across 0, the difference quotient mixes two linear pieces and disagrees with
-the (one-sided) analytic gradient by up to 100 %, which says nothing about the backward pass.
-Such coordinates are detected exactly (by comparing activation patterns at x-h, x and x+h),
-counted in `kinks` and left out of every error.
+Kinks. A net with ReLU, leaky ReLU, PReLU, ELU or maxout units is only piecewise smooth: if
+a perturbation moves any unit onto another piece (a pre-activation across 0, another maxout
+piece winning), the difference quotient mixes two pieces and disagrees with the (one-sided)
+analytic gradient by up to 100 %, which says nothing about the backward pass. Such
+coordinates are detected exactly (by comparing the pieces, `pipeline.net.activation_pieces`,
+at x-h, x and x+h), counted in `kinks` and left out of every error; the bound is the same
+for every coordinate that remains. With batch normalization in training any parameter moves
+every unit through the batch statistics, and the detection covers that too.
+
+Dropout draws its mask from a generator made anew from `dropout_seed` for every evaluation,
+so every evaluation of the loss sees the same mask and the loss is a fixed function.
 """
 
 from collections.abc import Callable, Iterable
@@ -27,13 +33,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.layers import KINKED_AT_ZERO
-from pipeline.net import NetSpec, data_loss, hidden_preactivations, loss_and_grads, reg_loss
+from pipeline.net import NetSpec, activation_pieces, data_loss, loss_and_grads, reg_loss
+
+Pieces = Callable[[], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class GradCheck:
-    """Outcome of `check_net_grads`; errors are over the smooth sampled coordinates only."""
+    """Outcome of `check_grads` / `check_net_grads`; errors are over the smooth sampled
+    coordinates only."""
 
     max_rel_error: dict[str, float]  # raw max relative error per param (nan if none checked)
     kinks: int  # sampled coordinates left out because their +-h step crosses a kink
@@ -94,22 +102,52 @@ def rel_error(analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
     return np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
 
 
-def _activation_pattern(params, X, spec) -> list[np.ndarray]:
-    return [pre > 0 for pre in hidden_preactivations(params, X, spec)]
-
-
-def _crosses_kink(params, x, index, h, X, spec, base) -> bool:
-    """Does moving x.flat[index] by +h or -h switch any hidden unit on or off?"""
+def _crosses_kink(pieces: Pieces, x: np.ndarray, index: int, h: float,
+                  base: list[np.ndarray]) -> bool:
+    """Does moving x.flat[index] by +h or -h put any unit on another piece?"""
     old = x.flat[index]
     try:
         for value in (old + h, old - h):
             x.flat[index] = value
-            pattern = _activation_pattern(params, X, spec)
-            if any(not np.array_equal(p, q) for p, q in zip(pattern, base)):
+            if any(not np.array_equal(p, q) for p, q in zip(pieces(), base)):
                 return True
     finally:
         x.flat[index] = old
     return False
+
+
+def check_grads(
+    f: Callable[[], float],
+    arrays: dict[str, np.ndarray],
+    analytic: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    num_checks: int = 20,
+    h: float = 1e-5,
+    pieces: Pieces | None = None,
+) -> GradCheck:
+    """Compare analytic[name], the gradient of the scalar f() with respect to arrays[name],
+    with centred differences; f reads the arrays, which are perturbed in place.
+
+    Samples min(num_checks, size) distinct coordinates of every array; with `pieces` (the
+    linear piece of every unit, as a list of arrays) coordinates whose +-h step changes a
+    piece are excluded (see module docstring).
+    """
+    loss_value = f()
+    base = pieces() if pieces else []
+    compared, numeric, kinks = {}, {}, 0
+    for name, x in arrays.items():
+        indices = rng.choice(x.size, size=min(num_checks, x.size), replace=False)
+        smooth = [i for i in indices
+                  if not (pieces and _crosses_kink(pieces, x, i, h, base))]
+        kinks += len(indices) - len(smooth)
+        compared[name] = analytic[name].flat[smooth]
+        numeric[name] = numeric_grad(lambda _: f(), x, smooth, h)
+
+    max_rel_error = {name: _max_or_nan(rel_error(compared[name], numeric[name]))
+                     for name in arrays}
+    checked = sum(len(a) for a in compared.values())
+    rounding = float(np.finfo(np.float64).eps * abs(loss_value) / h)
+    return GradCheck(max_rel_error, kinks, checked, rounding, compared, numeric)
 
 
 def check_net_grads(
@@ -121,35 +159,32 @@ def check_net_grads(
     rng: np.random.Generator,
     num_checks: int = 20,
     h: float = 1e-5,
+    *,
+    mode: str = "train",
+    state: dict[str, np.ndarray] | None = None,
+    dropout_seed: int = 0,
+    train_from: int = 1,
 ) -> GradCheck:
-    """Compare loss_and_grads with centred differences on float64 copies of params and X.
+    """Compare loss_and_grads (data loss + L2 penalty) with centred differences, on float64
+    copies of params, X and state, in `mode` (test mode needs the BN `state`).
 
-    Samples min(num_checks, size) distinct coordinates of every param. Coordinates whose
-    +-h step crosses a kink of the activation are excluded (see module docstring).
+    Checks every param that has a gradient (those of layers >= train_from). Coordinates
+    whose +-h step crosses a kink of the activation are excluded (see module docstring).
     """
     params = {name: p.astype(np.float64) for name, p in params.items()}
     X = np.asarray(X, dtype=np.float64)
-    loss_value, grads = loss_and_grads(params, X, y, reg, spec)
+    # layers in train mode move their running averages but do not read them: the copy keeps
+    # the caller's state as it was, and the loss a fixed function
+    state = None if state is None else {name: s.astype(np.float64) for name, s in state.items()}
 
-    def loss(_) -> float:
-        return data_loss(params, X, y, spec) + reg_loss(params, reg)
+    def run(fn, *args):
+        dropout = np.random.default_rng(dropout_seed) if spec.dropout else None
+        return fn(params, X, *args, mode=mode, state=state, rng=dropout, train_from=train_from)
 
-    base = _activation_pattern(params, X, spec)
-    kinked = spec.activation in KINKED_AT_ZERO
-    analytic, numeric, kinks = {}, {}, 0
-    for name, p in params.items():
-        indices = rng.choice(p.size, size=min(num_checks, p.size), replace=False)
-        smooth = [i for i in indices
-                  if not (kinked and _crosses_kink(params, p, i, h, X, spec, base))]
-        kinks += len(indices) - len(smooth)
-        analytic[name] = grads[name].flat[smooth]
-        numeric[name] = numeric_grad(loss, p, smooth, h)
-
-    max_rel_error = {name: _max_or_nan(rel_error(analytic[name], numeric[name]))
-                     for name in params}
-    checked = sum(len(a) for a in analytic.values())
-    rounding = float(np.finfo(np.float64).eps * abs(loss_value) / h)
-    return GradCheck(max_rel_error, kinks, checked, rounding, analytic, numeric)
+    _, grads = run(loss_and_grads, y, reg, spec)
+    trained = {name: p for name, p in params.items() if name in grads}
+    return check_grads(lambda: run(data_loss, y, spec) + reg_loss(params, reg), trained, grads,
+                       rng, num_checks, h, lambda: run(activation_pieces, spec))
 
 
 def _max_or_nan(errors: np.ndarray) -> float:

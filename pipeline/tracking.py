@@ -7,6 +7,7 @@ repository) still write to the one store the user opens with `mlflow ui`.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -19,13 +20,16 @@ from pipeline.config import Config, flatten
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 ARCHIVE_META = Path("data/cifar10/meta.json")
 MAX_PARAMS_PER_CALL = 100
+MAX_ENTITIES_PER_CALL = 1000
+LOCKED_RETRIES = 8
 
 
 def repo_root() -> Path:
@@ -92,10 +96,31 @@ def log_params(cfg: Config) -> None:
 
 
 @contextlib.contextmanager
+def _opening_store(uri: str):
+    """Held while a stage opens the store, which creates its tables and the experiment first.
+
+    Two processes creating one SQLite store at once race through its migrations ("duplicate
+    column name") and the experiment; experiments run by `dvc queue start -j 2` on a fresh
+    clone do exactly that. An exclusive flock on the database file itself orders them
+    without a lock file of its own (SQLite's locks are fcntl locks, which flock leaves alone).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
 def stage_run(cfg: Config, stage: str):
     """An MLflow run for one stage, tagged and with the whole config as dotted params."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    experiment_id = _experiment_id(cfg.tracking.experiment)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    with _opening_store(uri):
+        experiment_id = _experiment_id(cfg.tracking.experiment)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage,
                           tags=run_tags(stage)) as run:
@@ -139,7 +164,50 @@ class MetricBuffer:
         start = time.perf_counter()
         while self.points:
             chunk = self.points[:self.flush_every]
-            self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            retry_locked(self._client.log_batch, self.run_id, metrics=chunk, synchronous=True)
             self.sent += len(chunk)
             del self.points[:self.flush_every]
         self.seconds += time.perf_counter() - start
+
+
+def retry_locked(call, *args, **kwargs):
+    """`call`, tried again with a growing pause while SQLite says "database is locked".
+
+    SQLite lets one writer in at a time. Within a search the stage process is the only writer
+    (see log_child_run), but two searches can share one store, e.g. experiments run by
+    `dvc queue start -j 2`; a long write of one can outlast the other's busy timeout.
+    """
+    for attempt in range(LOCKED_RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == LOCKED_RETRIES - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
+
+
+def log_child_run(parent: mlflow.entities.Run, name: str, params: dict, tags: dict[str, str],
+                  points: list[tuple[str, float, int, int]], start_ms: int, end_ms: int,
+                  status: str = "FINISHED") -> str:
+    """A nested run written in one go from a finished trial: params, tags, every point.
+
+    Trials run in worker processes or on a Ray cluster, yet only the stage process writes to
+    the store: workers hand their points back with the outcome. One writer means no lock
+    contention and no point lost to it however many trials run at once, and workers need no
+    access to the store (a Ray node elsewhere could not even see the SQLite file). The run
+    keeps the trial's own start and end times, not the time it was logged.
+    """
+    client = MlflowClient()
+    run = retry_locked(client.create_run, parent.info.experiment_id, start_time=start_ms,
+                       tags={**tags, MLFLOW_PARENT_RUN_ID: parent.info.run_id}, run_name=name)
+    run_id = run.info.run_id
+    batch = [Param(key, str(value)) for key, value in params.items()]
+    batch += [Metric(key, float(value), stamp, step) for key, value, step, stamp in points]
+    # one transaction per 1000 entities (MLflow's limit per call), the params in the first
+    for start in range(0, len(batch), MAX_ENTITIES_PER_CALL):
+        chunk = batch[start:start + MAX_ENTITIES_PER_CALL]
+        retry_locked(client.log_batch, run_id, synchronous=True,
+                     params=[e for e in chunk if isinstance(e, Param)],
+                     metrics=[e for e in chunk if isinstance(e, Metric)])
+    retry_locked(client.set_terminated, run_id, status=status, end_time=end_ms)
+    return run_id

@@ -38,19 +38,58 @@ def chosen_hyperparams(cfg: config.Config) -> tuple[float, float, str]:
     return lr, reg, "lr_search" if t.lr is None and t.reg is None else "config + lr_search"
 
 
-def save_checkpoint(params, spec: net.NetSpec, path: Path = CHECKPOINT) -> None:
+def save_checkpoint(params, spec: net.NetSpec, path: Path = CHECKPOINT,
+                    state: dict | None = None) -> None:
+    """Params, the BN running averages (`state`, listed by name) and the spec as JSON."""
+    state = state or {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, spec=json.dumps(asdict(spec)), **params)
+    np.savez(tmp, spec=json.dumps(asdict(spec)), state_names=json.dumps(sorted(state)),
+             **params, **state)
     tmp.rename(path)
 
 
-def load_checkpoint(path: Path = CHECKPOINT) -> tuple[dict, net.NetSpec]:
+def load_model(path: Path = CHECKPOINT) -> tuple[dict, dict, net.NetSpec]:
+    """params, state (BN running averages; {} without BN) and spec of a checkpoint."""
     with np.load(path) as saved:
         spec = json.loads(str(saved["spec"]))
-        params = {k: saved[k] for k in saved.files if k != "spec"}
+        state_names = set(json.loads(str(saved["state_names"]))) \
+            if "state_names" in saved.files else set()
+        arrays = {k: saved[k] for k in saved.files if k not in ("spec", "state_names")}
     spec["hidden_dims"] = tuple(spec["hidden_dims"])
-    return params, net.NetSpec(**spec)
+    params = {k: v for k, v in arrays.items() if k not in state_names}
+    state = {k: v for k, v in arrays.items() if k in state_names}
+    return params, state, net.NetSpec(**spec)
+
+
+def load_checkpoint(path: Path = CHECKPOINT) -> tuple[dict, net.NetSpec]:
+    params, _, spec = load_model(path)
+    return params, spec
+
+
+def starting_point(cfg: config.Config, spec: net.NetSpec) -> tuple[dict, dict, int, str]:
+    """params, state, the first layer that trains, and where they came from.
+
+    A fresh init of `model`, or with finetune.checkpoint the saved net, whose architecture
+    must be the one `model` describes; finetune.last_layer_only then trains the scores
+    layer alone, the layers below it a fixed feature extractor.
+    """
+    f = cfg.finetune
+    if f.checkpoint is None:
+        return net.init_params(spec, common.rng(cfg, "train", 0)), net.init_state(spec), 1, \
+            f"init {spec.init}"
+    path = Path(f.checkpoint)
+    if not path.is_file():
+        sys.exit(f"train: finetune.checkpoint {path} is missing; copy a models/best.npz there")
+    params, state, saved = load_model(path)
+    differences = net.architecture_differences(saved, spec)
+    if differences:
+        sys.exit(f"train: fine-tuning needs the architecture of {path}, but model differs "
+                 f"({'; '.join(differences)})")
+    if spec.batchnorm and not state:
+        sys.exit(f"train: {path} has no batchnorm running averages")
+    train_from = spec.num_layers if f.last_layer_only else 1
+    return params, state, train_from, f"{path}, layers {train_from}..{spec.num_layers}"
 
 
 def write_csv(path: Path, header: list[str], rows) -> None:
@@ -68,7 +107,7 @@ def write_history(history: solver.History, folder: Path = OUT / "history") -> No
     write_csv(folder / "loss.csv", ["step", "loss"], enumerate(history.loss))
     write_csv(folder / "accuracy.csv", ["epoch", "train_acc", "val_acc"],
               ((e, tr, va) for e, (tr, va) in
-               enumerate(zip(history.train_acc, history.val_acc))))
+               enumerate(zip(history.train_acc, history.val_acc), start=1)))
     write_csv(folder / "update_ratio.csv", ["step", *names],
               ((step, *(history.ratios[n][step] for n in names))
                for step in range(len(history.ratios[names[0]]))))
@@ -95,18 +134,19 @@ def main() -> None:
         cfg, "X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
     lr, reg, source = chosen_hyperparams(cfg)
     spec = common.net_spec(cfg, X_train.shape[1])
-    t = cfg.train
+    t, o = cfg.train, cfg.optim
     schedule = solver.Schedule(lr=lr, reg=reg, epochs=t.epochs, batch_size=t.batch_size,
-                               update_rule=t.update_rule.value, momentum=t.momentum,
-                               lr_decay=t.lr_decay)
-    log.info("lr %.3g, reg %.3g (from %s), %d epochs of %d images", lr, reg, source,
-             t.epochs, len(X_train))
+                               update_rule=o.update_rule.value, momentum=o.momentum,
+                               beta1=o.beta1, beta2=o.beta2, eps=o.eps, lr_decay=t.lr_decay)
+    log.info("lr %.3g, reg %.3g (from %s), %d epochs of %d images, %s", lr, reg, source,
+             t.epochs, len(X_train), o.update_rule.value)
 
     with tracking.stage_run(cfg, "train") as run:
         tracking.mlflow.log_params({"chosen.lr": lr, "chosen.reg": reg,
                                     "chosen.source": source})
         buffer = tracking.MetricBuffer(run.info.run_id, cfg.tracking.flush_every)
-        params = net.init_params(spec, common.rng(cfg, "train", 0))
+        params, state, train_from, start_from = starting_point(cfg, spec)
+        log.info("starting from %s", start_from)
         report = epoch_line(log, t.epochs)
 
         def on_step(step, loss, ratios):
@@ -122,7 +162,8 @@ def main() -> None:
         with logging_redirect_tqdm():
             history = solver.train(params, spec, X_train, y_train, X_val, y_val, schedule,
                                    common.rng(cfg, "train", 1), on_step=on_step,
-                                   on_epoch=on_epoch, progress="train")
+                                   on_epoch=on_epoch, progress="train", state=state,
+                                   train_from=train_from)
         buffer.flush()
         loop_seconds = time.perf_counter() - loop_start
         if history.diverged:
@@ -131,13 +172,17 @@ def main() -> None:
                      f"(loss {history.loss[-1]}) with lr {lr:.3g}, reg {reg:.3g}; lower "
                      "train.lr. No checkpoint or metrics were written.")
 
-        test_acc = net.accuracy(history.best_params, X_test, y_test, spec)
+        test_acc = net.accuracy(history.best_params, X_test, y_test, spec,
+                                state=history.best_state)
         metrics = {"test_acc": test_acc, "best_val_acc": history.best_val_acc,
-                   "best_epoch": history.best_epoch, "final_train_acc": history.train_acc[-1],
+                   "best_epoch": history.best_epoch + 1, "final_train_acc": history.train_acc[-1],
                    "final_loss": history.loss[-1], "lr": lr, "reg": reg}
+        # a frozen weight's ratio is 0 by design, not a sign of a low lr
+        trained_ratios = {name: r for name, r in history.ratios.items()
+                          if int(name[1:]) >= train_from}
         findings = diagnose.diagnose(history.loss, history.train_acc, history.val_acc,
-                                     history.ratios)
-        save_checkpoint(history.best_params, spec)
+                                     trained_ratios)
+        save_checkpoint(history.best_params, spec, state=history.best_state)
         write_history(history)
         write_json(OUT / "metrics.json", metrics)
         write_json(OUT / "diagnosis.json", [vars(f) for f in findings])

@@ -43,7 +43,7 @@ def test_every_preprocess_option_composes(tmp_path, group):
     (["search.coarse.lr=[1e-1,1e-5]"], "search.coarse.lr"),
     (["data.num_train=49990"], "data.num_train + data.num_val"),
     (["data.md5.official=xyz"], "data.md5.official"),
-    (["train.momentum=1.5"], "train.momentum"),
+    (["optim.momentum=1.5"], "optim.momentum"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(config.ConfigError, match=re.escape(key)):
@@ -70,6 +70,6 @@ def test_stage_entry_exits_with_the_message(tmp_path, monkeypatch):
 def test_flatten_gives_dotted_keys():
     flat = config.flatten(config.load(ROOT / "params.yaml"))
 
-    assert flat["train.momentum"] == "0.9"
+    assert flat["optim.momentum"] == "0.9"
     assert flat["preprocess.mode"] == "mean_image"
     assert flat["search.coarse.trials"] == "30"

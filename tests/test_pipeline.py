@@ -36,7 +36,8 @@ def read(repo, path):
 
 
 def test_dvc_repro_runs_every_stage_and_logs_to_mlflow(tiny_repo, tmp_path):
-    run(["dvc", "repro"], tiny_repo)
+    """The main job; the study stages have their own end-to-end test in test_bn_study.py."""
+    run(["dvc", "repro", "train"], tiny_repo)
 
     meta = read(tiny_repo, "data/cifar10/meta.json")
     assert meta["source"] == "tiny"
@@ -77,18 +78,18 @@ def test_dvc_repro_runs_every_stage_and_logs_to_mlflow(tiny_repo, tmp_path):
     assert len(trials) in (3 + 2, 2 * 3 + 2)
     assert search_run["tags.best_child_run_id"] in set(children.run_id)
 
-    second = run(["dvc", "repro"], tiny_repo)
+    second = run(["dvc", "repro", "train"], tiny_repo)
     assert "didn't change" in second.stdout or "up to date" in second.stdout
     assert "Running stage" not in second.stdout
 
 
 def test_second_run_gives_identical_metrics(tiny_repo):
-    run(["dvc", "repro"], tiny_repo)
+    run(["dvc", "repro", "train"], tiny_repo)
     first = {p: (tiny_repo / p).read_text() for p in (
         "results/sanity/report.json", "results/lr_search/best.json",
         "results/lr_search/trials.csv", "results/train/metrics.json")}
 
-    run(["dvc", "repro", "--force"], tiny_repo)
+    run(["dvc", "repro", "--force", "train"], tiny_repo)
     for path, text in first.items():
         assert (tiny_repo / path).read_text() == text, path
 
@@ -129,3 +130,23 @@ def test_committed_data_dvc_lets_a_fresh_clone_import():
 
     assert "remote://cifar10/cifar-10-python.tar.gz" in committed
     assert "md5:" not in committed and "size:" not in committed
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("preprocess", "scale_sdt", False), "unknown config key 'preprocess.scale_sdt'"),
+    (("preprocess", "mode", "zca"), "'preprocess.mode'"),
+    (("train", "lr", -1.0), "train.lr must be > 0"),
+])
+def test_bad_params_stop_dvc_repro_before_any_stage(tiny_repo, edit, message):
+    import yaml
+
+    group, key, value = edit
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params[group][key] = value
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    result = run(["dvc", "repro"], tiny_repo, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Running stage 'fetch'" not in result.stdout
+    assert not (tiny_repo / "data/cifar10").exists()

@@ -1,0 +1,1 @@
+"""Benchmarks of the numpy net; run them from the repository root with python -m."""

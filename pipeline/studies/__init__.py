@@ -1,0 +1,1 @@
+"""The lecture's studies as DVC stages: initialisation per layer, and batch normalization."""
