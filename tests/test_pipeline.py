@@ -149,3 +149,12 @@ def test_bad_params_stop_dvc_repro_before_any_stage(tiny_repo, edit, message):
     assert message in result.stderr
     assert "Running stage 'fetch'" not in result.stdout
     assert not (tiny_repo / "data/cifar10").exists()
+
+
+def test_one_repro_builds_both_preprocessing_variants(tiny_repo):
+    run(["dvc", "repro", "preprocess"], tiny_repo)
+
+    for mode, stat_shape in (("mean_image", (32, 32, 3)), ("per_channel", (3,))):
+        folder = tiny_repo / "data/preprocessed" / mode
+        assert np.load(folder / "X_val.npy").shape == (100, 3072)
+        assert np.load(folder / "mean.npy").shape == stat_shape
