@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import run
@@ -79,29 +81,46 @@ def test_search_killed_mid_way_resumes_to_the_same_result(reference, slow_ws):
     assert sum(k.data.tags["cached"] == "true" for k in kids) == done_before
 
 
-def test_a_killed_worker_is_retried_and_the_search_is_unchanged(reference, slow_ws):
-    stage = start_stage(slow_ws, "search.backend=local", "search.workers=2")
-    wait_for(lambda: len(cached(slow_ws)) >= 1, 300, "a finished trial", stage)
-    # a worker that is running (state R), not one waiting for its next trial
-    busy = wait_for(lambda: [pid for pid in children(stage.pid)
-                             if "pipeline.backends" in cmdline(pid) and state(pid) == "R"],
-                    60, "a busy worker", stage)
-    os.kill(busy[0], signal.SIGKILL)
+# Few, long trials (about a second each), so that a worker found running a trial is still
+# running it when the kill lands.
+LONG = ["model.hidden_dims=[200]", "search.coarse.trials=4", "search.coarse.epochs=30",
+        "search.coarse.lr=[1e-3,1e-1]", "search.max_widen=0", "search.early_stop.chance_tol=0",
+        "search.fine.trials=2", "search.fine.epochs=10"]
+
+
+def test_a_killed_worker_is_retried_and_the_search_is_unchanged(tmp_path, tmp_path_factory):
+    reference = build(tmp_path / "reference", LONG, tmp_path_factory)
+    run_stage(reference)
+    ws = build(tmp_path / "ws", LONG, tmp_path_factory)
+    stage = start_stage(ws, "search.backend=local", "search.workers=2")
+    wait_for(lambda: len(cached(ws)) >= 1, 300, "a finished trial", stage)
+    wait_for(lambda: kill_a_busy_worker(stage.pid), 60, "a busy worker", stage)
     _, err = stage.communicate(timeout=600)
 
     assert stage.returncode == 0, err[-3000:]
     assert "died (exit code -9); running it again" in err
-    assert outputs(slow_ws) == reference[0]
-    _, _, kids = search_runs(slow_ws)
+    assert outputs(ws) == outputs(reference)
+    _, _, kids = search_runs(ws)
     assert sorted(k.data.tags["attempts"] for k in kids).count("2") == 1
 
 
-def state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
+def kill_a_busy_worker(stage_pid: int) -> bool:
+    """SIGKILL a worker of the stage that is running a trial; False when none is.
+
+    Each worker is stopped first, then judged: one blocked in read(2) (syscall 0) waits for
+    its next trial, any other is running one. Stopped, it cannot finish the trial before the
+    kill lands.
+    """
+    for pid in children(stage_pid):
+        if "pipeline.backends" not in cmdline(pid):
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)  # let the stop take effect
+        if Path(f"/proc/{pid}/syscall").read_text().split()[0] != "0":
+            os.kill(pid, signal.SIGKILL)
+            return True
+        os.kill(pid, signal.SIGCONT)
+    return False
 
 
 def test_a_changed_config_reuses_no_trial_and_a_changed_backend_reuses_all(slow_ws):
